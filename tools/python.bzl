@@ -62,6 +62,7 @@ def py_pytest_test(name, srcs, deps = [], data = [], args = [], size = "small", 
         srcs = srcs + ["//tools/pytest:pytest_main.py"],
         main = "//tools/pytest:pytest_main.py",
         deps = _merge(deps, [
+            "//tools/pytest:hypothesis_profile",
             "//tools/pytest:sharding",
             "@pypi//pytest",
             "@pypi//pytest_asyncio",

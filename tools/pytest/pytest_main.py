@@ -2,7 +2,8 @@
 
 Bazel runs this with the test's files as arguments. It runs pytest on them with the
 repository's pyproject.toml and follows Bazel's test protocol: JUnit XML goes to
-XML_OUTPUT_FILE, and when the target is sharded (TEST_TOTAL_SHARDS) it acknowledges
+XML_OUTPUT_FILE, hypothesis runs the same examples every time (a cached result must stay
+valid), and when the target is sharded (TEST_TOTAL_SHARDS) it acknowledges
 sharding by touching TEST_SHARD_STATUS_FILE and runs only its own share of the tests,
 so that across all shards every test runs exactly once.
 """
@@ -19,7 +20,14 @@ from tools.pytest import sharding
 
 
 def pytest_arguments(argv: list[str], environ: os._Environ[str] | dict[str, str]) -> list[str]:
-    args = ["--rootdir=.", "-p", "tools.pytest.sharding", *argv]
+    args = [
+        "--rootdir=.",
+        "-p",
+        "tools.pytest.sharding",
+        "-p",
+        "tools.pytest.hypothesis_profile",
+        *argv,
+    ]
     xml_output = environ.get("XML_OUTPUT_FILE")
     if xml_output:
         args.append(f"--junitxml={xml_output}")
