@@ -33,12 +33,12 @@ def lint_files(name = "lint_files"):
     """
     native.filegroup(
         name = "build_files",
-        srcs = native.glob(["BUILD.bazel", "*.bzl"]),
+        srcs = native.glob(["BUILD.bazel", "**/*.bzl"]),
         visibility = ["//:__pkg__"],
     )
     native.filegroup(
         name = "python_files",
-        srcs = native.glob(["*.py"], exclude = ["*_pb2.py", "*_pb2_grpc.py"]),
+        srcs = native.glob(["**/*.py"], exclude = ["**/*_pb2.py", "**/*_pb2_grpc.py"]),
         visibility = ["//:__pkg__"],
     )
 
