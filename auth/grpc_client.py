@@ -51,7 +51,7 @@ from auth.api import (
     TokenPair,
 )
 from auth.grpc_status import error_from_rpc_error
-from auth.interceptors import AuthClientInterceptor, TokenProvider
+from auth.interceptors import TokenProvider, auth_client_interceptors
 from auth.proto_convert import (
     account_from_proto,
     context_kind_to_proto,
@@ -121,7 +121,7 @@ class GrpcAuthClient:
             ("grpc.max_reconnect_backoff_ms", self._policy.max_reconnect_backoff_ms),
             ("grpc.enable_retries", 0),  # retries are ours, with our policy
         ]
-        interceptors = [AuthClientInterceptor(token_provider)] if token_provider else None
+        interceptors = auth_client_interceptors(token_provider) if token_provider else None
         self._channel = grpc.aio.insecure_channel(
             target, options=options, interceptors=interceptors
         )

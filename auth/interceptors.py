@@ -53,6 +53,7 @@ __all__ = [
     "AuthClientInterceptor",
     "AuthServerInterceptor",
     "TokenProvider",
+    "auth_client_interceptors",
 ]
 
 log = structlog.get_logger(__name__)
@@ -321,14 +322,9 @@ async def _as_async_iter(result: Any) -> AsyncIterator[Any]:
 TokenProvider = Callable[[], Awaitable[str | None]]
 
 
-class AuthClientInterceptor(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
+class _AuthMetadata:
     """Adds ``authorization`` (from ``token_provider``) and ``x-ssot-context`` (from
-    ``context.get_current_context()``) to every call; entries the caller set explicitly win.
+    ``context.get_current_context()``) to a call; entries the caller set explicitly win.
     """
 
     def __init__(
@@ -357,22 +353,46 @@ class AuthClientInterceptor(
             wait_for_ready=details.wait_for_ready,
         )
 
+
+# grpc.aio files each interceptor under ONE call kind (the first base class it matches),
+# so one class per kind is needed for the metadata to reach every kind of call.
+
+
+class AuthClientInterceptor(_AuthMetadata, grpc.aio.UnaryUnaryClientInterceptor):
+    """The unary-unary part; :func:`auth_client_interceptors` gives all four kinds."""
+
     async def intercept_unary_unary(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(await self._details(client_call_details), request)
 
+
+class _UnaryStreamAuth(_AuthMetadata, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Any, client_call_details: Any, request: Any
     ) -> Any:
         return await continuation(await self._details(client_call_details), request)
 
+
+class _StreamUnaryAuth(_AuthMetadata, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(await self._details(client_call_details), request_iterator)
 
+
+class _StreamStreamAuth(_AuthMetadata, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Any, client_call_details: Any, request_iterator: Any
     ) -> Any:
         return await continuation(await self._details(client_call_details), request_iterator)
+
+
+def auth_client_interceptors(
+    token_provider: TokenProvider | None = None, *, send_context: bool = True
+) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors for a grpc.aio channel that authenticate every call, of every kind."""
+    return [
+        kind(token_provider, send_context=send_context)
+        for kind in (AuthClientInterceptor, _UnaryStreamAuth, _StreamUnaryAuth, _StreamStreamAuth)
+    ]

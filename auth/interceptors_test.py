@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from auth.api import AuthContextKind, AuthErrorCode, AuthResult, JsonWebKeySet, TokenPair
 from auth.grpc_status import error_code_of
 from auth.identity import current_identity, get_current_identity
-from auth.interceptors import AuthClientInterceptor, AuthServerInterceptor
+from auth.interceptors import AuthServerInterceptor, auth_client_interceptors
 from auth.jwks_verifier import JWKSVerifier
 from auth.service import LocalAuthService
 from auth.testing import fast_settings, forge_token
@@ -292,7 +292,7 @@ async def test_client_interceptor_sends_token_and_current_context(env: Env) -> N
 
     ctx = UserExecutionContext.from_request(env.user_id)
     async with grpc.aio.insecure_channel(
-        env.target, interceptors=[AuthClientInterceptor(token)]
+        env.target, interceptors=auth_client_interceptors(token)
     ) as channel:
         with context_scope(ctx):
             reply = json.loads(await unary(channel, "Whoami")(b"", timeout=5))
@@ -310,7 +310,7 @@ async def test_client_interceptor_cannot_smuggle_another_users_context(env: Env)
         return env.pair.access_token
 
     async with grpc.aio.insecure_channel(
-        env.target, interceptors=[AuthClientInterceptor(token)]
+        env.target, interceptors=auth_client_interceptors(token)
     ) as channel:
         foreign = UserExecutionContext.from_request(other.user_id)
         with context_scope(foreign), pytest.raises(grpc.aio.AioRpcError) as caught:

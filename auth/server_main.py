@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import signal
 import sys
 from pathlib import Path
@@ -23,34 +22,13 @@ import structlog
 from auth.grpc_server import build_server
 from auth.service import LocalAuthService
 from auth.settings import AuthSettings
+from context.log_config import configure_logging
 
-__all__ = ["configure_logging", "main", "serve"]
+__all__ = ["main", "serve"]
 
 log = structlog.get_logger(__name__)
 
 _MAINTENANCE_INTERVAL_SECONDS = 3600.0
-
-
-def configure_logging(level: str = "info", *, json_output: bool = True) -> None:
-    """structlog to stderr (JSON lines, with the bound request context); stdlib logging
-    (libraries) through the same stream at WARNING and above."""
-    numeric = logging.getLevelNamesMapping()[level.upper()]
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer()
-    )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.dict_tracebacks,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=True,
-    )
-    logging.basicConfig(stream=sys.stderr, level=max(numeric, logging.WARNING), force=True)
 
 
 def _address(host: str, port: int) -> str:
@@ -106,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    configure_logging(args.log_level, json_output=args.log_format == "json")
+    configure_logging(args.log_level, log_format=args.log_format)
     overrides: dict[str, Any] = {}
     if args.data_dir is not None:
         overrides["data_dir"] = args.data_dir

@@ -1,7 +1,7 @@
 """``GrpcToolEngineClient``: the :class:`ToolExecutionEngine` Protocol over ``grpc.aio``.
 
 The server decides who the caller is from the verified token, so the client sends no
-identity fields: the channel's :class:`auth.interceptors.AuthClientInterceptor` adds the
+identity fields: the channel's :func:`auth.interceptors.auth_client_interceptors` add the
 bearer token, and this client adds the ``caller``'s context as ``x-ssot-context`` so the
 server acts for exactly that request (and refuses a context of another user than the
 token's). The plan, roles and permissions of ``caller`` are not sent: the server reads them
@@ -80,7 +80,7 @@ def error_from_rpc_error(exc: grpc.aio.AioRpcError) -> EngineError:
 class GrpcToolEngineClient:
     """Implements :class:`~dispatch.engine.api.ToolExecutionEngine` against a remote server.
 
-    ``channel`` should carry an ``AuthClientInterceptor`` with the user's access token.
+    ``channel`` should carry ``auth_client_interceptors`` with the user's access token.
     ``rpc_timeout_seconds`` bounds calls that do not pass ``timeout_seconds`` (``None``:
     no deadline beyond the tool's own timeout on the server).
     """

@@ -13,7 +13,7 @@ import grpc.aio
 import pytest
 
 from auth.api import Plan
-from auth.interceptors import AuthClientInterceptor, AuthServerInterceptor
+from auth.interceptors import AuthServerInterceptor, auth_client_interceptors
 from auth.service import LocalAuthService
 from auth.testing import fast_settings
 from data.factory import SqlDataAccessFactory
@@ -69,7 +69,7 @@ class Deployment:
             return token
 
         channel = grpc.aio.insecure_channel(
-            self.address, interceptors=[AuthClientInterceptor(token_provider)]
+            self.address, interceptors=auth_client_interceptors(token_provider)
         )
         self.channels.append(channel)
         return GrpcToolEngineClient(channel, rpc_timeout_seconds=30)
@@ -265,7 +265,7 @@ async def test_malformed_arguments_json_is_invalid_argument(deployment: Deployme
         return alice.token
 
     channel = grpc.aio.insecure_channel(
-        deployment.address, interceptors=[AuthClientInterceptor(token_provider)]
+        deployment.address, interceptors=auth_client_interceptors(token_provider)
     )
     deployment.channels.append(channel)
     stub = engine_pb2_grpc.ToolServiceStub(channel)
