@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import JSON, Double, ForeignKey, Index, String, delete, event, select, update
+from sqlalchemy.engine import CursorResult, Result
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -297,7 +298,7 @@ class AuthStore:
                 )
                 .values(used_at=now)
             )
-            if consumed.rowcount != 1:  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            if _rowcount(consumed) != 1:
                 known = await session.get(_RefreshTokenRow, old_jti)
                 if known is None or known.session_id != session_id:
                     return RefreshOutcome.UNKNOWN
@@ -319,7 +320,7 @@ class AuthStore:
                 .where(_SessionRow.session_id == session_id, _SessionRow.revoked_at.is_(None))
                 .values(revoked_at=now, revoke_reason=reason)
             )
-            return bool(result.rowcount)  # type: ignore[attr-defined]  # CursorResult of an UPDATE
+            return bool(_rowcount(result))
 
     # ----- revocation -----------------------------------------------------------------
 
@@ -374,7 +375,12 @@ class AuthStore:
             sessions = await session.execute(
                 delete(_SessionRow).where(_SessionRow.expires_at < now)
             )
-            return int(removed.rowcount + tokens.rowcount + sessions.rowcount)  # type: ignore[attr-defined]
+            return _rowcount(removed) + _rowcount(tokens) + _rowcount(sessions)
+
+
+def _rowcount(result: Result[Any]) -> int:
+    """Rows an UPDATE or DELETE matched (its result is a CursorResult, typed as Result)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
