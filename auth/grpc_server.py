@@ -43,6 +43,7 @@ from auth.proto_convert import (
     token_type_from_proto,
 )
 from auth.service import LocalAuthService
+from context.proto_codec import GRPC_SERVER_METADATA_OPTIONS
 
 __all__ = [
     "ADMIN_ROLE",
@@ -215,7 +216,7 @@ async def build_server(
     """A ready-to-start server bound to ``host:port`` (0 = ephemeral), the bound port and
     the health servicer (``grpc_health.v1.health.aio.HealthServicer``, for shutdown)."""
     interceptor = AuthServerInterceptor(service, public_methods=PUBLIC_METHODS)
-    server = grpc.aio.server(interceptors=[interceptor])
+    server = grpc.aio.server(interceptors=[interceptor], options=GRPC_SERVER_METADATA_OPTIONS)
     auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(service), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -29,6 +29,7 @@ from context.metadata import dumps_json_object, loads_json_object
 
 __all__ = [
     "CONTEXT_METADATA_KEY",
+    "GRPC_SERVER_METADATA_OPTIONS",
     "MAX_ENCODED_CONTEXT_BYTES",
     "decode_context_metadata",
     "encode_context_metadata",
@@ -40,6 +41,14 @@ __all__ = [
 CONTEXT_METADATA_KEY = "x-ssot-context"
 #: Largest accepted metadata value. Every valid context encodes to well below this.
 MAX_ENCODED_CONTEXT_BYTES = 8 * 1024
+#: Options for every gRPC server that reads ``x-ssot-context``. gRPC's default metadata
+#: limits (8 KiB soft, 16 KiB hard, for all request metadata together) would refuse an
+#: oversized context at random with RESOURCE_EXHAUSTED before the codec sees it; with this
+#: budget the codec's own bound decides, always with a typed INVALID_ARGUMENT.
+GRPC_SERVER_METADATA_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.max_metadata_size", 64 * 1024),
+    ("grpc.absolute_max_metadata_size", 64 * 1024),
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MAX_NANOS = 999_999_999

@@ -18,6 +18,7 @@ import grpc.aio
 import structlog
 
 from context import get_current_context
+from context.proto_codec import GRPC_SERVER_METADATA_OPTIONS
 from data import data_pb2, data_pb2_grpc
 from data.api import (
     DataError,
@@ -292,7 +293,7 @@ async def start_server(
     The interceptors are where identity comes from: in production the auth server
     interceptor, which verifies the caller's token and binds its context.
     """
-    server = grpc.aio.server(interceptors=list(interceptors))
+    server = grpc.aio.server(interceptors=list(interceptors), options=GRPC_SERVER_METADATA_OPTIONS)
     add_data_access_servicer(server, provider)
     bound = server.add_insecure_port(f"{host}:{port}")
     await server.start()

@@ -62,6 +62,7 @@ from auth.interceptors import AuthServerInterceptor, TokenProvider, auth_client_
 from auth.service import LocalAuthService
 from auth.settings import AuthSettings
 from context.api import UserExecutionContext
+from context.proto_codec import GRPC_SERVER_METADATA_OPTIONS
 from data import data_pb2
 from data.api import DataAccessFactory, UserDataAccessProvider
 from data.factory import DataAccessConfig, SqlDataAccessFactory
@@ -635,7 +636,7 @@ async def serve_services(
     interceptor = AuthServerInterceptor(
         token_auth, public_methods=PUBLIC_METHODS if auth is not None else ()
     )
-    server = grpc.aio.server(interceptors=[interceptor])
+    server = grpc.aio.server(interceptors=[interceptor], options=GRPC_SERVER_METADATA_OPTIONS)
     names: list[str] = []
     if auth is not None:
         auth_pb2_grpc.add_AuthServiceServicer_to_server(AuthServicer(auth), server)

@@ -87,7 +87,8 @@ def py_mypy_test(name, srcs, deps = [], **kwargs):
         ]),
         data = srcs + [_PYPROJECT],
         args = _rootpaths(srcs),
-        size = kwargs.pop("size", "small"),
+        # mypy analyses every imported module: minutes on a loaded 2-core machine.
+        size = kwargs.pop("size", "medium"),
         python_version = "PY3",
         srcs_version = "PY3",
         **kwargs
