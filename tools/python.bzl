@@ -5,6 +5,10 @@
 - `py_mypy_test`: `mypy --strict` over a package's sources and everything they import.
 - `ruff_test`: ruff lint and format check over Python files.
 - `buildifier_test`: buildifier format and lint check over BUILD, .bzl and WORKSPACE files.
+
+Every test these macros declare is tagged `block-network`: Bazel's linux-sandbox then runs
+it in a network namespace of its own with only loopback, whatever
+`--sandbox_default_allow_network` says (tools/remote/README.md).
 """
 
 _PYPROJECT = "//:pyproject.toml"
@@ -19,6 +23,11 @@ def _absolute(label):
     if label.startswith("@") or label.startswith("//"):
         return str(Label(label)).replace("@//", "//")
     return "//%s:%s" % (native.package_name(), label)
+
+def _no_network(kwargs):
+    """kwargs["tags"] with `block-network` added: the test gets loopback and nothing else."""
+    tags = kwargs.pop("tags", [])
+    return tags if "block-network" in tags else tags + ["block-network"]
 
 def _merge(deps, implicit):
     """deps plus the implicit ones it does not already name."""
@@ -72,6 +81,7 @@ def py_pytest_test(name, srcs, deps = [], data = [], args = [], size = "small", 
         size = size,
         python_version = "PY3",
         srcs_version = "PY3",
+        tags = _no_network(kwargs),
         **kwargs
     )
 
@@ -91,6 +101,7 @@ def py_mypy_test(name, srcs, deps = [], **kwargs):
         size = kwargs.pop("size", "medium"),
         python_version = "PY3",
         srcs_version = "PY3",
+        tags = _no_network(kwargs),
         **kwargs
     )
 
@@ -106,6 +117,7 @@ def ruff_test(name, srcs, **kwargs):
         size = kwargs.pop("size", "small"),
         python_version = "PY3",
         srcs_version = "PY3",
+        tags = _no_network(kwargs),
         **kwargs
     )
 
@@ -117,5 +129,6 @@ def buildifier_test(name, srcs, **kwargs):
         data = srcs + ["@buildifier"],
         args = ["$(rootpath @buildifier)"] + _rootpaths(srcs),
         size = kwargs.pop("size", "small"),
+        tags = _no_network(kwargs),
         **kwargs
     )
