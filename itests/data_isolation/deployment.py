@@ -62,8 +62,8 @@ from server.testing import FAST_AUTH, TestAccount, new_account, settings_for_tes
 
 __all__ = [
     "COMPOSITIONS",
-    "PATIENT_AUTH",
     "FORBIDDEN_OTHER_USER",
+    "PATIENT_AUTH",
     "UNAUTHENTICATED",
     "Composition",
     "Deployment",
@@ -436,9 +436,13 @@ class Deployment:
             async with gate:
                 return await self.user(name)
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(name)) for name in names]
-        return [task.result() for task in tasks]
+        # Every registration is let finish, even when one fails: cancelling calls in
+        # flight could cancel the auth service's database work half-way.
+        results = await asyncio.gather(*(one(name) for name in names), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return [result for result in results if isinstance(result, UserSession)]
 
     async def session_for(self, name: str, account: TestAccount, token: str) -> UserSession:
         """A session of ``account`` acting with ``token``."""
@@ -517,8 +521,11 @@ async def deployment(
     try:
         yield deployed
     except BaseException:
-        async with asyncio.timeout(_SHUTDOWN_WITHIN):
-            await deployed.aclose()
+        try:
+            async with asyncio.timeout(_SHUTDOWN_WITHIN):
+                await deployed.aclose()
+        finally:
+            await _reap(_new_tasks(tasks_before))
         raise
     try:
         async with asyncio.timeout(_SHUTDOWN_WITHIN):
@@ -561,6 +568,31 @@ async def assert_shut_down(
     assert not [t for t in started if t.is_alive()], "a SQLite connection was left open"
     if tasks_before is not None:
         await asyncio.sleep(0)
-        current = asyncio.current_task()
-        stray = [t for t in asyncio.all_tasks() - tasks_before if t is not current]
-        assert stray == [], stray
+        stray = _new_tasks(tasks_before)
+        if stray:
+            shown = sorted(repr(task) for task in stray)
+            await _reap(stray)
+            raise AssertionError(f"tasks left behind: {shown}")
+
+
+def _new_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
+    """Tasks of this loop that were not there ``before`` (but the current one)."""
+    current = asyncio.current_task()
+    return {task for task in asyncio.all_tasks() - before if task is not current}
+
+
+async def _reap(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` until they end (a few rounds, bounded), so that a failing scenario
+    reports its failure instead of hanging the event loop's close.
+
+    A task may need more than one cancellation: SQLAlchemy's aiosqlite adapter, when a
+    statement is cancelled twice, leaves a graceful-close task whose ``finally`` awaits a
+    worker thread that has already stopped; only a further cancellation ends it.
+    """
+    for _ in range(5):
+        pending = [task for task in tasks if not task.done()]
+        if not pending:
+            return
+        for task in pending:
+            task.cancel()
+        await asyncio.wait(pending, timeout=1.0)
