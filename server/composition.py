@@ -302,6 +302,35 @@ class Platform:
         log.info("platform_closed")
 
 
+async def _open_gateway(
+    settings: ServerSettings,
+    gateway_settings: GatewaySettings | None,
+    *,
+    ws_auth: ConnectionCredentials,
+    ws_conf: WebSocketAuthSettings,
+    plumbing: _EventPlumbing,
+    runs: AgentRuns,
+    metrics: PlatformMetrics,
+    ws_clock: WebSocketClock | None,
+    start: bool,
+) -> WebSocketGateway:
+    """The WebSocket gateway over one process's router, replay buffer and run adapter
+    (the same for the embedded platform and a split-role gateway node)."""
+    gateway = WebSocketGateway(
+        authenticator=ws_auth,
+        router=plumbing.router,
+        replay=plumbing.replay,
+        runs=runs,
+        settings=gateway_settings or _gateway_settings(settings),
+        metrics_registry=metrics.registry,
+        expiry_policy=ws_conf.expiry_policy(),
+        clock=ws_clock,
+    )
+    if start:
+        await gateway.start()
+    return gateway
+
+
 async def build_platform(
     settings: ServerSettings | None = None,
     *,
@@ -380,18 +409,17 @@ async def build_platform(
             credentials=ws_auth,
             token_auth=CountingTokenAuthenticator(auth, metrics, "run"),
         )
-        gateway = WebSocketGateway(
-            authenticator=ws_auth,
-            router=plumbing.router,
-            replay=plumbing.replay,
+        gateway = await _open_gateway(
+            settings,
+            gateway_settings,
+            ws_auth=ws_auth,
+            ws_conf=ws_conf,
+            plumbing=plumbing,
             runs=runs,
-            settings=gateway_settings or _gateway_settings(settings),
-            metrics_registry=metrics.registry,
-            expiry_policy=ws_conf.expiry_policy(),
-            clock=ws_clock,
+            metrics=metrics,
+            ws_clock=ws_clock,
+            start=start_gateway,
         )
-        if start_gateway:
-            await gateway.start()
         metrics.registry.register(ServiceCollector(runner=runner, engine=engine))
 
         internals = PlatformInternals(
@@ -852,18 +880,17 @@ async def build_gateway_stack(
             token_auth=CountingTokenAuthenticator(token_auth, metrics, "run"),
         )
         stack.push_async_callback(runs.aclose)
-        gateway = WebSocketGateway(
-            authenticator=ws_auth,
-            router=plumbing.router,
-            replay=plumbing.replay,
+        gateway = await _open_gateway(
+            settings,
+            gateway_settings,
+            ws_auth=ws_auth,
+            ws_conf=ws_conf,
+            plumbing=plumbing,
             runs=runs,
-            settings=gateway_settings or _gateway_settings(settings),
-            metrics_registry=metrics.registry,
-            expiry_policy=ws_conf.expiry_policy(),
-            clock=ws_clock,
+            metrics=metrics,
+            ws_clock=ws_clock,
+            start=start_gateway,
         )
-        if start_gateway:
-            await gateway.start()
         result = GatewayStack(
             settings=settings,
             gateway=gateway,
