@@ -1,14 +1,16 @@
-"""Hypothesis strategies for property tests of code that handles contexts.
+"""Hypothesis strategies for property tests of code that handles contexts, and examples
+of the redaction rule (:mod:`context.redaction`).
 
 Test-only (imports ``hypothesis``): other packages' tests can draw valid contexts, IDs and
-metadata from here instead of re-deriving the validation rules.
+metadata from here instead of re-deriving the validation rules, and check their redaction
+with the same credential-naming keys.
 """
 
 from __future__ import annotations
 
 import string
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Final
 
 from hypothesis import strategies as st
 
@@ -23,6 +25,8 @@ from context.metadata import (
 )
 
 __all__ = [
+    "CREDENTIAL_KEYS",
+    "INNOCENT_KEYS",
     "aware_datetimes",
     "context_ids",
     "contexts",
@@ -30,6 +34,56 @@ __all__ = [
     "metadata_objects",
     "unified_ids",
 ]
+
+#: Keys naming a credential, in the spellings clients and providers use.
+CREDENTIAL_KEYS: Final[tuple[str, ...]] = (
+    "password",
+    "passwd",
+    "token",
+    "access_token",
+    "refresh_token",
+    "secret",
+    "api_key",
+    "apikey",
+    "authorization",
+    "cookie",
+    "private_key",
+    "PASSWORD",
+    "Password",
+    "pAsSwOrD",
+    "Access_Token",
+    "accessToken",
+    "refreshToken",
+    "API_KEY",
+    "Api-Key",
+    "X-Api-Key",
+    "apiKey",
+    "Authorization",
+    "AUTHORIZATION",
+    "Cookie",
+    "Set-Cookie",
+    "PRIVATE_KEY",
+    "privateKey",
+    "client_secret",
+    "db_password",
+    "csrf_token",
+    "id_token",
+    "auth",
+    "credentials",
+    " session.id ",
+)
+#: Keys that look close to one but are not (their values must survive).
+INNOCENT_KEYS: Final[tuple[str, ...]] = (
+    "max_tokens",
+    "token_count",
+    "tokens",
+    "author",
+    "keyword",
+    "monkey",
+    "name",
+    "expression",
+    "query",
+)
 
 _INT64 = 2**63
 _SAFE_ID_CHARS = string.ascii_letters + string.digits + "_.:-"

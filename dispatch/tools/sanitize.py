@@ -4,9 +4,12 @@ A tool's arguments come from a model (or a client) and its result from the user'
 neither goes into an event untouched:
 
 * :func:`sanitize_tool_input` keeps the argument structure but replaces the value of every
-  key that looks like a credential (``password``, ``token``, ``api_key`` ...) with
-  ``"[REDACTED]"``, cuts long strings, bounds nesting and container sizes, and turns
-  anything that is not JSON (bytes, objects, non-finite numbers) into a short description;
+  key that names a credential (``password``, ``access_token``, ``api_key`` ...) with
+  ``"[REDACTED]"`` and credential-shaped text (a bearer credential, a JWT) wherever it
+  appears, cuts long strings, bounds nesting and container sizes, and turns anything that
+  is not JSON (bytes, objects, non-finite numbers) into a short description. What counts
+  as a credential is the platform's one rule, :mod:`context.redaction`, which the
+  WebSocket emitter applies too;
 * :func:`summarize_result` is one bounded line: the compact JSON of a successful result,
   or ``"<status> (<error_code>): <message>"`` of a failed one.
 
@@ -18,12 +21,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from typing import Any, Final
 
 from pydantic import JsonValue
 
+from context.redaction import REDACTED, is_sensitive_key, redact_credentials
 from dispatch.engine.api import ToolExecutionResult
 
 __all__ = [
@@ -32,29 +35,16 @@ __all__ = [
     "MAX_INPUT_STRING_CHARS",
     "MAX_SUMMARY_CHARS",
     "REDACTED",
-    "is_secret_key",
     "sanitize_tool_input",
     "shorten",
     "summarize_result",
 ]
 
-REDACTED: Final = "[REDACTED]"
 MAX_INPUT_STRING_CHARS: Final = 1000
 MAX_INPUT_ITEMS: Final = 50
 MAX_INPUT_DEPTH: Final = 6
 MAX_SUMMARY_CHARS: Final = 500
 _MAX_KEY_CHARS: Final = 128
-
-_SECRET_KEY = re.compile(
-    r"pass(?:word|wd|phrase)?|secret|token|api[_\-]?key|authori[sz]ation|credential"
-    r"|private[_\-]?key|cookie|bearer",
-    re.IGNORECASE,
-)
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a mapping key names something that must not be shown (a credential)."""
-    return _SECRET_KEY.search(key) is not None
 
 
 def shorten(text: str, limit: int) -> str:
@@ -75,7 +65,7 @@ def _clean_scalar(value: object) -> tuple[bool, JsonValue]:
     if isinstance(value, float):
         return True, float(value) if math.isfinite(value) else str(value)
     if isinstance(value, str):
-        return True, shorten(str.__str__(value), MAX_INPUT_STRING_CHARS)
+        return True, shorten(redact_credentials(str.__str__(value)), MAX_INPUT_STRING_CHARS)
     return False, None
 
 
@@ -102,7 +92,7 @@ def _clean_mapping(value: Mapping[Any, object], depth: int) -> dict[str, JsonVal
             cleaned["<truncated>"] = f"<{len(value) - MAX_INPUT_ITEMS} more keys>"
             break
         key = shorten(raw_key if isinstance(raw_key, str) else str(raw_key), _MAX_KEY_CHARS)
-        cleaned[key] = REDACTED if is_secret_key(key) else _clean(item, depth)
+        cleaned[key] = REDACTED if is_sensitive_key(key) else _clean(item, depth)
     return cleaned
 
 

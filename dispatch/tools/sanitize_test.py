@@ -13,7 +13,6 @@ from dispatch.tools.sanitize import (
     MAX_INPUT_STRING_CHARS,
     MAX_SUMMARY_CHARS,
     REDACTED,
-    is_secret_key,
     sanitize_tool_input,
     summarize_result,
 )
@@ -34,7 +33,26 @@ def test_credential_keys_are_redacted_at_any_depth() -> None:
         "Authorization": REDACTED,
         "deep": [{"client_secret": REDACTED, "refresh_token": REDACTED, "keep": 1}],
     }
-    assert is_secret_key("x-api-key") and not is_secret_key("expression")
+
+
+def test_the_rule_is_the_platforms_and_credential_text_is_redacted_anywhere() -> None:
+    jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1c3IifQ.c2lnbmF0dXJl"
+    cleaned = sanitize_tool_input(
+        {
+            "X-Api-Key": "k",
+            "accessToken": "t",
+            "max_tokens": 64,
+            "expression": "6*7",
+            "note": f"remember {jwt}",
+            "items": ["Bearer abcdefghijklmnop"],
+        }
+    )
+    assert cleaned["X-Api-Key"] == REDACTED
+    assert cleaned["accessToken"] == REDACTED
+    assert cleaned["max_tokens"] == 64
+    assert cleaned["expression"] == "6*7"
+    assert cleaned["note"] == f"remember {REDACTED}"
+    assert cleaned["items"] == [REDACTED]
 
 
 def test_values_are_bounded_and_made_json() -> None:

@@ -4,10 +4,10 @@ Events show a user what their agent does, including tool inputs and results, whi
 hold credentials or huge data. Every payload passes through :class:`PayloadSanitizer`:
 
 * **Redaction.** The value of any key that names a credential becomes ``"[REDACTED]"``,
-  at any depth, whatever the value's type. Keys are compared case-insensitively with
-  ``-``, ``.`` and spaces read as ``_`` (so ``X-Api-Key``, ``apiKey`` and ``API_KEY`` all
-  match); see :func:`is_sensitive_key`. Strings that look like a bearer credential or a
-  JWT are redacted wherever they appear, even under an innocent key.
+  at any depth, whatever the value's type, and credential-shaped strings (a bearer
+  credential, a JWT) are redacted wherever they appear, even under an innocent key. The
+  rule is the platform's one (:mod:`context.redaction`), shared with the tool events of
+  ``//dispatch/tools``; a policy may add key names.
 * **Cutting.** Strings longer than ``max_string_length`` are cut and end with a marker
   saying how much was removed. Long dictionary keys are cut the same way.
 * **Summarising.** A structured field (``tool_input``, ``result``, ``result_summary``)
@@ -25,83 +25,28 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pydantic import JsonValue
 
+from context.redaction import REDACTED, is_sensitive_key, normalise_key, redact_credentials
+
 __all__ = [
     "REDACTED",
-    "SENSITIVE_KEY_FRAGMENTS",
-    "SENSITIVE_KEY_NAMES",
-    "SENSITIVE_KEY_SUFFIXES",
     "STRUCTURED_FIELDS",
     "TOO_DEEP",
     "PayloadSanitizer",
     "SanitizerPolicy",
-    "is_sensitive_key",
 ]
 
-REDACTED = "[REDACTED]"
 TOO_DEEP = "[TOO_DEEP]"
-
-#: A normalised key containing any of these names a credential.
-SENSITIVE_KEY_FRAGMENTS: tuple[str, ...] = (
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "api_key",
-    "apikey",
-    "authorization",
-    "cookie",
-    "private_key",
-    "privatekey",
-    "credential",
-)
-#: A normalised key ending with any of these names a credential (``access_token``,
-#: ``refreshToken``, ``csrf_token``), while ``max_tokens`` or ``token_count`` do not.
-SENSITIVE_KEY_SUFFIXES: tuple[str, ...] = ("token",)
-#: Normalised keys that name a credential only as a whole word.
-SENSITIVE_KEY_NAMES: frozenset[str] = frozenset(
-    {"auth", "pwd", "jwt", "bearer", "otp", "session_id", "sessionid", "x_auth"}
-)
 
 #: Payload fields that hold arbitrary structures and are summarised when too large.
 STRUCTURED_FIELDS: frozenset[str] = frozenset({"tool_input", "result", "result_summary"})
 
-_KEY_SEPARATORS = re.compile(r"[\s\-.]+")
-# "Bearer <credential>" / "Basic <credential>", JWT-shaped strings (three base64url parts,
-# the first two starting with '{"' encoded as "eyJ") and "sk-..." API keys.
-_CREDENTIAL_PATTERNS = re.compile(
-    r"(?i:\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*)"
-    r"|\beyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"
-    r"|\bsk-[A-Za-z0-9_\-]{20,}"
-)
 _SUMMARY_KEYS_SHOWN = 20
 _SUMMARY_KEY_LENGTH = 64
-
-
-def _normalise_key(key: str) -> str:
-    return _KEY_SEPARATORS.sub("_", key.strip()).lower()
-
-
-def is_sensitive_key(key: str, extra: frozenset[str] = frozenset()) -> bool:
-    """Whether the value under ``key`` must be redacted.
-
-    ``extra`` adds exact (normalised) key names to the built-in rules.
-    """
-    normalised = _normalise_key(key)
-    if normalised in extra or normalised in SENSITIVE_KEY_NAMES:
-        return True
-    if normalised.endswith(SENSITIVE_KEY_SUFFIXES):
-        return True
-    squashed = normalised.replace("_", "")
-    return any(
-        fragment in normalised or fragment.replace("_", "") in squashed
-        for fragment in SENSITIVE_KEY_FRAGMENTS
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +57,8 @@ class SanitizerPolicy:
     max_key_length: int = 256
     max_structure_bytes: int = 16 * 1024
     max_depth: int = 16
-    #: More exact key names (compared normalised, see :func:`is_sensitive_key`).
+    #: More exact key names (compared normalised, see
+    #: :func:`context.redaction.is_sensitive_key`).
     extra_sensitive_keys: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
@@ -134,7 +80,7 @@ class PayloadSanitizer:
 
     def __init__(self, policy: SanitizerPolicy | None = None) -> None:
         self.policy = policy or SanitizerPolicy()
-        self._extra = frozenset(_normalise_key(key) for key in self.policy.extra_sensitive_keys)
+        self._extra = frozenset(normalise_key(key) for key in self.policy.extra_sensitive_keys)
 
     def sanitize_payload(self, payload: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
         """A sanitised copy of a validated payload; the input is not changed."""
@@ -174,7 +120,7 @@ class PayloadSanitizer:
         if not text.isascii():
             # Lone surrogates cannot be sent as UTF-8; replace them rather than fail later.
             text = text.encode("utf-8", "replace").decode("utf-8")
-        return self._cut(_CREDENTIAL_PATTERNS.sub(REDACTED, text), self.policy.max_string_length)
+        return self._cut(redact_credentials(text), self.policy.max_string_length)
 
     @staticmethod
     def _cut(text: str, limit: int) -> str:

@@ -12,54 +12,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import JsonValue
 
+from context.redaction import is_sensitive_key
+from context.testing import CREDENTIAL_KEYS, INNOCENT_KEYS
 from websocket.emitter.sanitize import (
     REDACTED,
     TOO_DEEP,
     PayloadSanitizer,
     SanitizerPolicy,
-    is_sensitive_key,
 )
 
 SECRET = "s3cr3t-value-9f8e7d"  # a value that must never survive sanitising
-
-SENSITIVE_KEYS = [
-    "password",
-    "passwd",
-    "token",
-    "access_token",
-    "refresh_token",
-    "secret",
-    "api_key",
-    "apikey",
-    "authorization",
-    "cookie",
-    "private_key",
-]
-CASE_VARIANTS = [
-    "PASSWORD",
-    "Password",
-    "pAsSwOrD",
-    "Access_Token",
-    "accessToken",
-    "refreshToken",
-    "API_KEY",
-    "Api-Key",
-    "X-Api-Key",
-    "apiKey",
-    "Authorization",
-    "AUTHORIZATION",
-    "Cookie",
-    "Set-Cookie",
-    "PRIVATE_KEY",
-    "privateKey",
-    "client_secret",
-    "db_password",
-    "csrf_token",
-    "id_token",
-    "auth",
-    "credentials",
-]
-INNOCENT_KEYS = ["max_tokens", "token_count", "tokens", "author", "keyword", "monkey", "name"]
 
 
 @pytest.fixture
@@ -67,17 +29,7 @@ def sanitizer() -> PayloadSanitizer:
     return PayloadSanitizer()
 
 
-@pytest.mark.parametrize("key", SENSITIVE_KEYS + CASE_VARIANTS)
-def test_sensitive_keys_are_recognised(key: str) -> None:
-    assert is_sensitive_key(key)
-
-
-@pytest.mark.parametrize("key", INNOCENT_KEYS)
-def test_innocent_keys_are_kept(key: str) -> None:
-    assert not is_sensitive_key(key)
-
-
-@pytest.mark.parametrize("key", SENSITIVE_KEYS + CASE_VARIANTS)
+@pytest.mark.parametrize("key", CREDENTIAL_KEYS)
 def test_each_sensitive_key_is_redacted_at_top_level_and_nested(
     sanitizer: PayloadSanitizer, key: str
 ) -> None:
