@@ -26,11 +26,8 @@ from collections.abc import Awaitable, Callable, Collection
 import structlog
 
 from auth.api import (
-    AuthContextKind,
-    AuthError,
     AuthErrorCode,
     AuthHealth,
-    AuthResult,
     AuthStats,
     HealthState,
     JsonWebKeySet,
@@ -38,11 +35,11 @@ from auth.api import (
     TokenError,
     TokenType,
 )
+from auth.authenticator import TokenAuthenticatorBase
 from auth.keys import ASYMMETRIC_ALGORITHMS, VerificationKey, verification_key_from_jwk
 from auth.settings import AuthSettings
-from auth.stats import AuthCounters
 from auth.token_format import validate_jwt_format
-from auth.tokens import TokenClaims, TokenVerifier, result_from_claims
+from auth.tokens import TokenClaims, TokenVerifier
 
 __all__ = ["JWKSVerifier", "JwksFetcher", "RevocationCallable"]
 
@@ -52,7 +49,7 @@ JwksFetcher = Callable[[], Awaitable[JsonWebKeySet]]
 RevocationCallable = Callable[[TokenClaims], Awaitable[bool]]
 
 
-class JWKSVerifier:
+class JWKSVerifier(TokenAuthenticatorBase):
     def __init__(
         self,
         *,
@@ -75,17 +72,19 @@ class JWKSVerifier:
         if unsupported:
             raise ValueError(f"JWKS verification supports only {sorted(ASYMMETRIC_ALGORITHMS)}")
         self._fetch = fetch_jwks
-        self._is_revoked = is_revoked
-        self._verifier = TokenVerifier(
-            issuer=issuer,
-            audiences={
-                TokenType.ACCESS: access_audience,
-                TokenType.REFRESH: refresh_audience,
-                TokenType.SERVICE: service_audience,
-            },
-            leeway_seconds=leeway_seconds,
-            max_token_bytes=max_token_bytes,
-            clock=clock,
+        self._revoked_check = is_revoked
+        super().__init__(
+            TokenVerifier(
+                issuer=issuer,
+                audiences={
+                    TokenType.ACCESS: access_audience,
+                    TokenType.REFRESH: refresh_audience,
+                    TokenType.SERVICE: service_audience,
+                },
+                leeway_seconds=leeway_seconds,
+                max_token_bytes=max_token_bytes,
+                clock=clock,
+            )
         )
         self._max_token_bytes = max_token_bytes
         self._cache_ttl = cache_ttl_seconds
@@ -98,7 +97,6 @@ class JWKSVerifier:
         self._last_attempt: float | None = None
         self._inflight: asyncio.Future[None] | None = None
         self._fetch_count = 0
-        self._counters = AuthCounters()
 
     @classmethod
     def from_settings(
@@ -178,7 +176,7 @@ class JWKSVerifier:
                 raise ServiceUnavailableError("cannot fetch the auth service's keys") from None
             log.warning("auth_jwks_refresh_failed_using_cached", error=type(exc).__name__)
 
-    async def _key_for(self, kid: str) -> VerificationKey | None:
+    async def _verification_key(self, kid: str) -> VerificationKey | None:
         now = self._monotonic()
         stale = self._fetched_at is None or now - self._fetched_at >= self._cache_ttl
         if stale and (self._inflight is not None or self._may_refetch(now)):
@@ -199,53 +197,16 @@ class JWKSVerifier:
     def validate_jwt_format(self, token: object) -> bool:
         return validate_jwt_format(token, max_bytes=self._max_token_bytes)
 
-    async def verify(self, token: object, expected: Collection[TokenType]) -> TokenClaims:
-        checked, header = self._verifier.parse(token)
-        key = await self._key_for(header.kid)
-        if key is None:
-            raise TokenError(
-                "token was signed by an unknown key", error_code=AuthErrorCode.UNKNOWN_KEY
-            )
-        claims = self._verifier.verify(checked, header, key, expected)
+    async def _is_revoked(self, claims: TokenClaims) -> bool:
         try:
-            revoked = await self._is_revoked(claims)
+            return await self._revoked_check(claims)
         except Exception as exc:  # any failure of the caller-supplied check: fail closed
             log.warning("auth_revocation_check_failed", error=type(exc).__name__)
             raise ServiceUnavailableError("cannot check token revocation") from None
-        if revoked:
-            raise TokenError("token has been revoked", error_code=AuthErrorCode.REVOKED)
-        return claims
 
-    async def authenticate_token(
-        self, token: str | None, context_kind: AuthContextKind = AuthContextKind.REST_API
-    ) -> AuthResult:
-        try:
-            claims = await self.verify(token, (TokenType.ACCESS,))
-        except AuthError as exc:
-            log.info(
-                "auth_token_rejected", error_code=exc.error_code.value, context=context_kind.value
-            )
-            return self._counters.record(
-                AuthResult.failure(exc.error_code, exc.message, context_kind)
-            )
-        return self._counters.record(result_from_claims(claims, context_kind))
-
-    async def authenticate_service(
-        self, token: str | None, service_id: str | None = None
-    ) -> AuthResult:
-        kind = AuthContextKind.INTERNAL_SERVICE
-        try:
-            claims = await self.verify(token, (TokenType.SERVICE,))
-            if self._allowed_services is not None and claims.sub not in self._allowed_services:
-                raise TokenError("service is not allowed", error_code=AuthErrorCode.WRONG_SUBJECT)
-            if service_id is not None and claims.sub != service_id:
-                raise TokenError(
-                    "token belongs to another service", error_code=AuthErrorCode.WRONG_SUBJECT
-                )
-        except AuthError as exc:
-            log.info("auth_service_token_rejected", error_code=exc.error_code.value)
-            return self._counters.record(AuthResult.failure(exc.error_code, exc.message, kind))
-        return self._counters.record(result_from_claims(claims, kind))
+    def _check_service(self, claims: TokenClaims) -> None:
+        if self._allowed_services is not None and claims.sub not in self._allowed_services:
+            raise TokenError("service is not allowed", error_code=AuthErrorCode.WRONG_SUBJECT)
 
     async def stats(self) -> AuthStats:
         return self._counters.snapshot()

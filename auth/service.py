@@ -24,11 +24,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from auth.api import (
     Account,
     AccountNotFoundError,
-    AuthContextKind,
-    AuthError,
     AuthErrorCode,
     AuthHealth,
-    AuthResult,
     AuthStats,
     HealthState,
     InvalidCredentialsError,
@@ -41,12 +38,12 @@ from auth.api import (
     TokenPair,
     TokenType,
 )
+from auth.authenticator import TokenAuthenticatorBase
 from auth.keys import KeyStore, VerificationKey
 from auth.passwords import PasswordHasher
 from auth.rate_limit import LoginRateLimiter
 from auth.revocation import RevocationChecker, StoreRevocationChecker
 from auth.settings import AuthSettings
-from auth.stats import AuthCounters
 from auth.store import AccountRecord, AuthStore, RefreshOutcome
 from auth.token_format import validate_jwt_format
 from auth.tokens import (
@@ -55,7 +52,6 @@ from auth.tokens import (
     TokenIssuer,
     TokenVerifier,
     floor_ms,
-    result_from_claims,
 )
 from context import IDKind, new_id
 
@@ -100,7 +96,7 @@ def _ts(value: float) -> datetime:
     return datetime.fromtimestamp(value, UTC)
 
 
-class LocalAuthService:
+class LocalAuthService(TokenAuthenticatorBase):
     """Accounts, tokens and revocation backed by :class:`auth.store.AuthStore`."""
 
     def __init__(
@@ -129,14 +125,15 @@ class LocalAuthService:
             signer=keys.signer,
             clock=clock,
         )
-        self._verifier = TokenVerifier(
-            issuer=settings.issuer,
-            audiences=audiences,
-            leeway_seconds=settings.leeway_seconds,
-            max_token_bytes=settings.max_token_bytes,
-            clock=clock,
+        super().__init__(
+            TokenVerifier(
+                issuer=settings.issuer,
+                audiences=audiences,
+                leeway_seconds=settings.leeway_seconds,
+                max_token_bytes=settings.max_token_bytes,
+                clock=clock,
+            )
         )
-        self._counters = AuthCounters()
         self._last_key_reload = float("-inf")
         # Pre-hashed so comparing secrets takes the same time whatever their length.
         self._service_secrets = {
@@ -212,7 +209,7 @@ class LocalAuthService:
         """Make a new signer now; returns its ``kid``. Older keys keep verifying."""
         return self._keys.rotate().kid
 
-    def _verification_key(self, kid: str) -> VerificationKey | None:
+    async def _verification_key(self, kid: str) -> VerificationKey | None:
         key = self._keys.verification_key(kid)
         if key is None and time.monotonic() - self._last_key_reload >= _KEY_RELOAD_INTERVAL:
             # Another process sharing the data dir may have rotated.
@@ -221,64 +218,23 @@ class LocalAuthService:
             key = self._keys.verification_key(kid)
         return key
 
-    # ----- token checks ---------------------------------------------------------------
-
-    def validate_jwt_format(self, token: object) -> bool:
-        return validate_jwt_format(token, max_bytes=self._settings.max_token_bytes)
-
-    async def verify(self, token: object, expected: Collection[TokenType]) -> TokenClaims:
-        """Full verification including revocation; raises :class:`TokenError` or
-        :class:`ServiceUnavailableError` (store unreachable: fail closed)."""
-        checked, header = self._verifier.parse(token)
-        key = self._verification_key(header.kid)
-        if key is None:
-            raise TokenError(
-                "token was signed by an unknown key", error_code=AuthErrorCode.UNKNOWN_KEY
-            )
-        claims = self._verifier.verify(checked, header, key, expected)
+    async def _is_revoked(self, claims: TokenClaims) -> bool:
         try:
-            revoked = await self._revocation.is_revoked(claims)
+            return await self._revocation.is_revoked(claims)
         except SQLAlchemyError as exc:
             log.error(
                 "auth_store_unavailable", operation="revocation_check", error=type(exc).__name__
             )
             raise ServiceUnavailableError("auth store unavailable") from None
-        if revoked:
-            raise TokenError("token has been revoked", error_code=AuthErrorCode.REVOKED)
-        return claims
 
-    async def authenticate_token(
-        self, token: str | None, context_kind: AuthContextKind = AuthContextKind.REST_API
-    ) -> AuthResult:
-        try:
-            claims = await self.verify(token, (TokenType.ACCESS,))
-        except AuthError as exc:
-            log.info(
-                "auth_token_rejected", error_code=exc.error_code.value, context=context_kind.value
-            )
-            return self._counters.record(
-                AuthResult.failure(exc.error_code, exc.message, context_kind)
-            )
-        return self._counters.record(result_from_claims(claims, context_kind))
+    def _check_service(self, claims: TokenClaims) -> None:
+        if claims.sub not in self._service_secrets:
+            raise TokenError("service is no longer configured", error_code=AuthErrorCode.REVOKED)
 
-    async def authenticate_service(
-        self, token: str | None, service_id: str | None = None
-    ) -> AuthResult:
-        kind = AuthContextKind.INTERNAL_SERVICE
-        try:
-            claims = await self.verify(token, (TokenType.SERVICE,))
-            if claims.sub not in self._service_secrets:
-                raise TokenError(
-                    "service is no longer configured", error_code=AuthErrorCode.REVOKED
-                )
-            if service_id is not None and claims.sub != service_id:
-                raise TokenError(
-                    "token belongs to another service", error_code=AuthErrorCode.WRONG_SUBJECT
-                )
-        except AuthError as exc:
-            log.info("auth_service_token_rejected", error_code=exc.error_code.value)
-            return self._counters.record(AuthResult.failure(exc.error_code, exc.message, kind))
-        return self._counters.record(result_from_claims(claims, kind))
+    # ----- token checks ---------------------------------------------------------------
+
+    def validate_jwt_format(self, token: object) -> bool:
+        return validate_jwt_format(token, max_bytes=self._settings.max_token_bytes)
 
     # ----- accounts ---------------------------------------------------------------------
 
