@@ -56,9 +56,14 @@ SENSITIVE_KEY_NAMES: frozenset[str] = frozenset(
 
 _KEY_SEPARATORS = re.compile(r"[\s\-.]+")
 # "Bearer <credential>" / "Basic <credential>", JWT-shaped strings (three base64url parts,
-# the first two starting with '{"' encoded as "eyJ") and "sk-..." API keys.
+# the first two starting with '{"' encoded as "eyJ") and "sk-..." API keys. After "bearer"
+# or "basic" a credential is a run of token characters holding a digit or one of + / _ ~
+# (base64 and random tokens practically always do), or one of 20 or more characters; so
+# prose such as "learn basic arithmetic." stays as written.
+_OPAQUE_CHARS = r"[A-Za-z0-9\-._~+/]"
 _CREDENTIAL_PATTERNS = re.compile(
-    r"(?i:\b(?:bearer|basic)\s+[A-Za-z0-9\-._~+/]{8,}=*)"
+    r"\b(?i:bearer|basic)\s+"
+    rf"(?:(?={_OPAQUE_CHARS}*[0-9_~+/]){_OPAQUE_CHARS}{{8,}}|{_OPAQUE_CHARS}{{20,}})=*"
     r"|\beyJ[A-Za-z0-9_\-]{4,}\.eyJ[A-Za-z0-9_\-]{4,}\.[A-Za-z0-9_\-]*"
     r"|\bsk-[A-Za-z0-9_\-]{20,}"
 )

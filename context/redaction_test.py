@@ -31,6 +31,7 @@ def test_extra_names_are_compared_normalised() -> None:
         ("Authorization: Bearer abcdefghijklmnop.qrstuv", "abcdefghijklmnop"),
         ("use bearer Zm9vYmFyYmF6cXV4 please", "Zm9vYmFyYmF6cXV4"),
         ("basic dXNlcjpwYXNzd29yZA==", "dXNlcjpwYXNzd29yZA"),
+        ("BEARER abcdefghijklmnopqrstuvwxyz", "abcdefghijklmnop"),
         ("token=eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1c3IifQ.c2lnbmF0dXJl", "eyJzdWIiOiJ1c3IifQ"),
         ("key sk-abcdefghijklmnopqrstuvwxyz123456", "sk-abc"),
     ],
@@ -42,7 +43,16 @@ def test_credential_shaped_text_is_redacted(text: str, secret_part: str) -> None
 
 
 @pytest.mark.parametrize(
-    "text", ["a bearer of news", "sk-short", "eyJ alone", "plain words, 42 of them"]
+    "text",
+    [
+        "a bearer of news",
+        "learn basic arithmetic.",
+        "Basic well-known facts",
+        "BEARER bonds",
+        "sk-short",
+        "eyJ alone",
+        "plain words, 42 of them",
+    ],
 )
 def test_ordinary_text_is_left_alone(text: str) -> None:
     assert redact_credentials(text) == text

@@ -11,7 +11,8 @@ neither goes into an event untouched:
   as a credential is the platform's one rule, :mod:`context.redaction`, which the
   WebSocket emitter applies too;
 * :func:`summarize_result` is one bounded line: the compact JSON of a successful result,
-  or ``"<status> (<error_code>): <message>"`` of a failed one.
+  or ``"<status> (<error_code>): <message>"`` of a failed one, credential-shaped text
+  redacted.
 
 The WebSocket emitter sanitises envelopes again on its way out; this pass makes sure that
 a sink which only buffers (or a log of it) holds nothing it should not either.
@@ -110,7 +111,8 @@ def summarize_result(result: ToolExecutionResult, limit: int = MAX_SUMMARY_CHARS
     """One bounded line about a tool call's outcome (see the module docstring)."""
     if result.success:
         text = json.dumps(result.result, ensure_ascii=False, separators=(",", ":"))
-        return shorten(text, limit)
-    code = f" ({result.error_code})" if result.error_code else ""
-    message = f": {result.error_message}" if result.error_message else ""
-    return shorten(f"{result.status.value}{code}{message}", limit)
+    else:
+        code = f" ({result.error_code})" if result.error_code else ""
+        message = f": {result.error_message}" if result.error_message else ""
+        text = f"{result.status.value}{code}{message}"
+    return shorten(redact_credentials(text), limit)

@@ -44,7 +44,7 @@ def test_the_rule_is_the_platforms_and_credential_text_is_redacted_anywhere() ->
             "max_tokens": 64,
             "expression": "6*7",
             "note": f"remember {jwt}",
-            "items": ["Bearer abcdefghijklmnop"],
+            "items": ["Bearer 9f8e7d6c5b4a3210"],
         }
     )
     assert cleaned["X-Api-Key"] == REDACTED
@@ -98,3 +98,17 @@ def test_summaries_are_one_bounded_line() -> None:
         execution_time_ms=0.5,
     )
     assert summarize_result(failed) == "rate_limited (RATE_LIMITED): slow down"
+
+
+def test_summaries_redact_credential_text() -> None:
+    jwt = "eyJhbGciOiJFZERTQSJ9.eyJzdWIiOiJ1c3IifQ.c2lnbmF0dXJl"
+    found = ToolExecutionResult(
+        status=ToolStatus.SUCCESS,
+        tool_name="notes.search",
+        tool_call_id="c3",
+        result={"notes": [f"my token is {jwt}", "learn basic arithmetic"]},
+        execution_time_ms=1.0,
+    )
+    summary = summarize_result(found)
+    assert jwt not in summary
+    assert summary == '{"notes":["my token is [REDACTED]","learn basic arithmetic"]}'
