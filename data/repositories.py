@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from pydantic import JsonValue
-from sqlalchemy import Row, Select, and_, delete, func, insert, select, update
+from sqlalchemy import ColumnElement, Row, Select, Table, and_, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -119,16 +119,32 @@ class _Repository:
     async def _exists(self, statement: Select[Any]) -> bool:
         return await self._one(statement.limit(1)) is not None
 
+    def _owned(self, table: Table, object_id: str | None = None) -> ColumnElement[bool]:
+        """The filter every statement of a repository carries: rows of the scope's user
+        (and, given ``object_id``, that one row)."""
+        mine = table.c.user_id == self._user_id
+        return mine if object_id is None else and_(mine, table.c.id == object_id)
+
+    async def _get_owned(self, table: Table, object_id: str, what: str) -> Row[Any]:
+        """The user's row ``object_id`` of ``table``; NotFoundError if there is none (another
+        user's row is not found either)."""
+        row = await self._one(select(table).where(self._owned(table, object_id)))
+        if row is None:
+            raise NotFoundError(f"{what} {object_id!r} not found")
+        return row
+
+    async def _delete_owned(self, table: Table, object_id: str, what: str) -> None:
+        async with self._scope.writing() as conn:
+            deleted = await conn.execute(delete(table).where(self._owned(table, object_id)))
+        if not deleted.rowcount:
+            raise NotFoundError(f"{what} {object_id!r} not found")
+
     async def _require_thread(self, thread_id: str) -> None:
-        query = select(THREADS.c.id).where(
-            THREADS.c.user_id == self._user_id, THREADS.c.id == thread_id
-        )
-        if not await self._exists(query):
+        if not await self._exists(select(THREADS.c.id).where(self._owned(THREADS, thread_id))):
             raise NotFoundError(f"thread {thread_id!r} not found")
 
     async def _require_run(self, run_id: str) -> None:
-        query = select(RUNS.c.id).where(RUNS.c.user_id == self._user_id, RUNS.c.id == run_id)
-        if not await self._exists(query):
+        if not await self._exists(select(RUNS.c.id).where(self._owned(RUNS, run_id))):
             raise NotFoundError(f"run {run_id!r} not found")
 
 
@@ -176,18 +192,13 @@ class SqlThreadRepository(_Repository):
 
     async def get(self, thread_id: str) -> Thread:
         thread_id = check_lookup_id(thread_id, "thread_id")
-        row = await self._one(
-            select(THREADS).where(THREADS.c.user_id == self._user_id, THREADS.c.id == thread_id)
-        )
-        if row is None:
-            raise NotFoundError(f"thread {thread_id!r} not found")
-        return _thread(row)
+        return _thread(await self._get_owned(THREADS, thread_id, "thread"))
 
     async def list(self, *, limit: int = 50) -> Sequence[Thread]:
         limit = check_limit(limit)
         rows = await self._all(
             select(THREADS)
-            .where(THREADS.c.user_id == self._user_id)
+            .where(self._owned(THREADS))
             .order_by(THREADS.c.updated_at.desc(), THREADS.c.id.desc())
             .limit(limit)
         )
@@ -198,7 +209,7 @@ class SqlThreadRepository(_Repository):
         title = check_text(title, "title", MAX_TITLE_LENGTH)
         statement = (
             update(THREADS)
-            .where(THREADS.c.user_id == self._user_id, THREADS.c.id == thread_id)
+            .where(self._owned(THREADS, thread_id))
             .values(title=title, updated_at=_now())
             .returning(*THREADS.c)
         )
@@ -209,14 +220,7 @@ class SqlThreadRepository(_Repository):
         return _thread(row)
 
     async def delete(self, thread_id: str) -> None:
-        thread_id = check_lookup_id(thread_id, "thread_id")
-        statement = delete(THREADS).where(
-            THREADS.c.user_id == self._user_id, THREADS.c.id == thread_id
-        )
-        async with self._scope.writing() as conn:
-            deleted = (await conn.execute(statement)).rowcount
-        if not deleted:
-            raise NotFoundError(f"thread {thread_id!r} not found")
+        await self._delete_owned(THREADS, check_lookup_id(thread_id, "thread_id"), "thread")
 
 
 # -- messages -----------------------------------------------------------------------------
@@ -280,9 +284,7 @@ class SqlMessageRepository(_Repository):
             except IntegrityError as error:  # the thread was deleted meanwhile
                 raise NotFoundError(f"thread {thread_id!r} not found") from error
             await conn.execute(
-                update(THREADS)
-                .where(THREADS.c.user_id == self._user_id, THREADS.c.id == thread_id)
-                .values(updated_at=now)
+                update(THREADS).where(self._owned(THREADS, thread_id)).values(updated_at=now)
             )
         return Message(
             id=message_id,
@@ -296,12 +298,7 @@ class SqlMessageRepository(_Repository):
 
     async def get(self, message_id: str) -> Message:
         message_id = check_lookup_id(message_id, "message_id")
-        row = await self._one(
-            select(MESSAGES).where(MESSAGES.c.user_id == self._user_id, MESSAGES.c.id == message_id)
-        )
-        if row is None:
-            raise NotFoundError(f"message {message_id!r} not found")
-        return _message(row)
+        return _message(await self._get_owned(MESSAGES, message_id, "message"))
 
     async def list(self, thread_id: str, *, limit: int = 100) -> Sequence[Message]:
         thread_id = check_lookup_id(thread_id, "thread_id")
@@ -309,7 +306,7 @@ class SqlMessageRepository(_Repository):
         await self._require_thread(thread_id)
         rows = await self._all(
             select(MESSAGES)
-            .where(MESSAGES.c.user_id == self._user_id, MESSAGES.c.thread_id == thread_id)
+            .where(self._owned(MESSAGES), MESSAGES.c.thread_id == thread_id)
             .order_by(MESSAGES.c.created_at.desc(), MESSAGES.c.id.desc())
             .limit(limit)
         )
@@ -365,12 +362,7 @@ class SqlNoteRepository(_Repository):
 
     async def get(self, note_id: str) -> Note:
         note_id = check_lookup_id(note_id, "note_id")
-        row = await self._one(
-            select(NOTES).where(NOTES.c.user_id == self._user_id, NOTES.c.id == note_id)
-        )
-        if row is None:
-            raise NotFoundError(f"note {note_id!r} not found")
-        return _note(row)
+        return _note(await self._get_owned(NOTES, note_id, "note"))
 
     async def search(self, query: str, *, limit: int = 20) -> Sequence[Note]:
         query = check_text(query, "query", MAX_SEARCH_LENGTH, allow_empty=False)
@@ -381,7 +373,7 @@ class SqlNoteRepository(_Repository):
         conditions = [NOTES.c.search_text.contains(term, autoescape=True) for term in terms]
         rows = await self._all(
             select(NOTES)
-            .where(NOTES.c.user_id == self._user_id, and_(*conditions))
+            .where(self._owned(NOTES), and_(*conditions))
             .order_by(NOTES.c.created_at.desc(), NOTES.c.id.desc())
             .limit(limit)
         )
@@ -391,19 +383,14 @@ class SqlNoteRepository(_Repository):
         limit = check_limit(limit)
         rows = await self._all(
             select(NOTES)
-            .where(NOTES.c.user_id == self._user_id)
+            .where(self._owned(NOTES))
             .order_by(NOTES.c.created_at.desc(), NOTES.c.id.desc())
             .limit(limit)
         )
         return [_note(row) for row in rows]
 
     async def delete(self, note_id: str) -> None:
-        note_id = check_lookup_id(note_id, "note_id")
-        statement = delete(NOTES).where(NOTES.c.user_id == self._user_id, NOTES.c.id == note_id)
-        async with self._scope.writing() as conn:
-            deleted = (await conn.execute(statement)).rowcount
-        if not deleted:
-            raise NotFoundError(f"note {note_id!r} not found")
+        await self._delete_owned(NOTES, check_lookup_id(note_id, "note_id"), "note")
 
 
 # -- runs ---------------------------------------------------------------------------------
@@ -456,16 +443,11 @@ class SqlRunRepository(_Repository):
 
     async def get(self, run_id: str) -> Run:
         run_id = check_lookup_id(run_id, "run_id")
-        row = await self._one(
-            select(RUNS).where(RUNS.c.user_id == self._user_id, RUNS.c.id == run_id)
-        )
-        if row is None:
-            raise NotFoundError(f"run {run_id!r} not found")
-        return _run(row)
+        return _run(await self._get_owned(RUNS, run_id, "run"))
 
     async def list(self, *, thread_id: str | None = None, limit: int = 50) -> Sequence[Run]:
         limit = check_limit(limit)
-        query = select(RUNS).where(RUNS.c.user_id == self._user_id)
+        query = select(RUNS).where(self._owned(RUNS))
         if thread_id is not None:
             thread_id = check_lookup_id(thread_id, "thread_id")
             await self._require_thread(thread_id)
@@ -506,11 +488,7 @@ class SqlRunRepository(_Repository):
         sources = [status.value for status in RunStatus if status.can_become(target)]
         statement = (
             update(RUNS)
-            .where(
-                RUNS.c.user_id == self._user_id,
-                RUNS.c.id == run_id,
-                RUNS.c.status.in_(sources),
-            )
+            .where(self._owned(RUNS, run_id), RUNS.c.status.in_(sources))
             .values(status=target.value, **values)
             .returning(*RUNS.c)
         )
@@ -585,7 +563,7 @@ class SqlRunEventRepository(_Repository):
         rows = await self._all(
             select(RUN_EVENTS)
             .where(
-                RUN_EVENTS.c.user_id == self._user_id,
+                self._owned(RUN_EVENTS),
                 RUN_EVENTS.c.run_id == run_id,
                 RUN_EVENTS.c.seq > after_seq,
             )
@@ -657,7 +635,7 @@ class SqlToolUsageRepository(_Repository):
         self, *, run_id: str | None = None, tool_name: str | None = None, limit: int = 100
     ) -> Sequence[ToolUsage]:
         limit = check_limit(limit)
-        query = select(TOOL_USAGE).where(TOOL_USAGE.c.user_id == self._user_id)
+        query = select(TOOL_USAGE).where(self._owned(TOOL_USAGE))
         if run_id is not None:
             query = query.where(TOOL_USAGE.c.run_id == check_lookup_id(run_id, "run_id"))
         if tool_name is not None:
@@ -669,11 +647,7 @@ class SqlToolUsageRepository(_Repository):
         return [_usage(row) for row in rows]
 
     async def count(self, *, tool_name: str | None = None, since: datetime | None = None) -> int:
-        query = (
-            select(func.count())
-            .select_from(TOOL_USAGE)
-            .where(TOOL_USAGE.c.user_id == self._user_id)
-        )
+        query = select(func.count()).select_from(TOOL_USAGE).where(self._owned(TOOL_USAGE))
         if tool_name is not None:
             name = check_text(tool_name, "tool_name", MAX_TOOL_NAME_LENGTH)
             query = query.where(TOOL_USAGE.c.tool_name == name)
