@@ -15,9 +15,18 @@ from collections.abc import Collection
 
 import structlog
 
-from auth.api import AuthContextKind, AuthError, AuthErrorCode, AuthResult, TokenError, TokenType
+from auth.api import (
+    AuthContextKind,
+    AuthError,
+    AuthErrorCode,
+    AuthResult,
+    AuthStats,
+    TokenError,
+    TokenType,
+)
 from auth.keys import VerificationKey
 from auth.stats import AuthCounters
+from auth.token_format import validate_jwt_format
 from auth.tokens import TokenClaims, TokenVerifier, result_from_claims
 
 __all__ = ["TokenAuthenticatorBase"]
@@ -26,8 +35,12 @@ log = structlog.get_logger(__name__)
 
 
 class TokenAuthenticatorBase(ABC):
-    """Implements ``verify``, ``authenticate_token`` and ``authenticate_service`` of
-    :class:`auth.api.TokenAuthenticator` on top of three hooks."""
+    """Implements ``validate_jwt_format``, ``verify``, ``authenticate_token``,
+    ``authenticate_service`` and ``stats`` of :class:`auth.api.TokenAuthenticator` on top of
+    three hooks.
+
+    A token is taken as ``object``, not only ``str | None``: whatever a caller hands over
+    (bytes, numbers, None) is refused with a typed result, never an exception."""
 
     def __init__(self, verifier: TokenVerifier) -> None:
         self._verifier = verifier
@@ -48,6 +61,9 @@ class TokenAuthenticatorBase(ABC):
         """Raise :class:`auth.api.TokenError` if the service named by a valid service token
         may not call this process."""
 
+    def validate_jwt_format(self, token: object) -> bool:
+        return validate_jwt_format(token, max_bytes=self._verifier.max_token_bytes)
+
     async def verify(self, token: object, expected: Collection[TokenType]) -> TokenClaims:
         """Full verification including revocation; raises :class:`auth.api.TokenError` or
         :class:`auth.api.ServiceUnavailableError`."""
@@ -63,7 +79,7 @@ class TokenAuthenticatorBase(ABC):
         return claims
 
     async def authenticate_token(
-        self, token: str | None, context_kind: AuthContextKind = AuthContextKind.REST_API
+        self, token: object, context_kind: AuthContextKind = AuthContextKind.REST_API
     ) -> AuthResult:
         try:
             claims = await self.verify(token, (TokenType.ACCESS,))
@@ -77,7 +93,7 @@ class TokenAuthenticatorBase(ABC):
         return self._counters.record(result_from_claims(claims, context_kind))
 
     async def authenticate_service(
-        self, token: str | None, service_id: str | None = None
+        self, token: object, service_id: str | None = None
     ) -> AuthResult:
         kind = AuthContextKind.INTERNAL_SERVICE
         try:
@@ -91,3 +107,6 @@ class TokenAuthenticatorBase(ABC):
             log.info("auth_service_token_rejected", error_code=exc.error_code.value)
             return self._counters.record(AuthResult.failure(exc.error_code, exc.message, kind))
         return self._counters.record(result_from_claims(claims, kind))
+
+    async def stats(self) -> AuthStats:
+        return self._counters.snapshot()

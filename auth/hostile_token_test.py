@@ -43,7 +43,7 @@ class Env:
         return forge_token(self.header(**header), payload, key=self.private_key)
 
     async def code(self, token: object) -> AuthErrorCode | None:
-        result = await self.service.authenticate_token(token)  # type: ignore[arg-type]
+        result = await self.service.authenticate_token(token)
         if result.success:
             return None
         return result.error_code

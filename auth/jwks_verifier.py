@@ -28,7 +28,6 @@ import structlog
 from auth.api import (
     AuthErrorCode,
     AuthHealth,
-    AuthStats,
     HealthState,
     JsonWebKeySet,
     ServiceUnavailableError,
@@ -38,7 +37,6 @@ from auth.api import (
 from auth.authenticator import TokenAuthenticatorBase
 from auth.keys import ASYMMETRIC_ALGORITHMS, VerificationKey, verification_key_from_jwk
 from auth.settings import AuthSettings
-from auth.token_format import validate_jwt_format
 from auth.tokens import TokenClaims, TokenVerifier
 
 __all__ = ["JWKSVerifier", "JwksFetcher", "RevocationCallable"]
@@ -86,7 +84,6 @@ class JWKSVerifier(TokenAuthenticatorBase):
                 clock=clock,
             )
         )
-        self._max_token_bytes = max_token_bytes
         self._cache_ttl = cache_ttl_seconds
         self._min_refetch = min_refetch_interval_seconds
         self._allowed_algorithms = frozenset(allowed_algorithms)
@@ -194,9 +191,6 @@ class JWKSVerifier(TokenAuthenticatorBase):
 
     # ----- verification ---------------------------------------------------------------------
 
-    def validate_jwt_format(self, token: object) -> bool:
-        return validate_jwt_format(token, max_bytes=self._max_token_bytes)
-
     async def _is_revoked(self, claims: TokenClaims) -> bool:
         try:
             return await self._revoked_check(claims)
@@ -207,9 +201,6 @@ class JWKSVerifier(TokenAuthenticatorBase):
     def _check_service(self, claims: TokenClaims) -> None:
         if self._allowed_services is not None and claims.sub not in self._allowed_services:
             raise TokenError("service is not allowed", error_code=AuthErrorCode.WRONG_SUBJECT)
-
-    async def stats(self) -> AuthStats:
-        return self._counters.snapshot()
 
     async def health(self) -> AuthHealth:
         details = {"cached_keys": str(len(self._keys))}

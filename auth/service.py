@@ -26,7 +26,6 @@ from auth.api import (
     AccountNotFoundError,
     AuthErrorCode,
     AuthHealth,
-    AuthStats,
     HealthState,
     InvalidCredentialsError,
     InvalidRequestError,
@@ -45,7 +44,6 @@ from auth.rate_limit import LoginRateLimiter
 from auth.revocation import RevocationChecker, StoreRevocationChecker
 from auth.settings import AuthSettings
 from auth.store import AccountRecord, AuthStore, RefreshOutcome
-from auth.token_format import validate_jwt_format
 from auth.tokens import (
     IssuedToken,
     TokenClaims,
@@ -230,11 +228,6 @@ class LocalAuthService(TokenAuthenticatorBase):
     def _check_service(self, claims: TokenClaims) -> None:
         if claims.sub not in self._service_secrets:
             raise TokenError("service is no longer configured", error_code=AuthErrorCode.REVOKED)
-
-    # ----- token checks ---------------------------------------------------------------
-
-    def validate_jwt_format(self, token: object) -> bool:
-        return validate_jwt_format(token, max_bytes=self._settings.max_token_bytes)
 
     # ----- accounts ---------------------------------------------------------------------
 
@@ -431,9 +424,6 @@ class LocalAuthService(TokenAuthenticatorBase):
         removed = await self._guard(self._store.purge_expired(self._clock()))
         self._keys.prune()
         return removed
-
-    async def stats(self) -> AuthStats:
-        return self._counters.snapshot()
 
     async def health(self) -> AuthHealth:
         details = {"signing_kid": self._keys.signer().kid, "algorithm": self._keys.algorithm}

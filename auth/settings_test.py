@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import ValidationError
@@ -56,6 +57,6 @@ def test_defaults_are_asymmetric_and_distinct_per_type() -> None:
         {"rsa_key_size": 1024},
     ],
 )
-def test_unsafe_configuration_is_refused(overrides: dict[str, object]) -> None:
+def test_unsafe_configuration_is_refused(overrides: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
-        AuthSettings(**overrides)  # type: ignore[arg-type]
+        AuthSettings(**overrides)

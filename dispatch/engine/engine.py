@@ -263,11 +263,13 @@ class LocalToolExecutionEngine:
         self,
         caller: ToolCaller,
         tool_name: str,
-        arguments: Mapping[str, object] | None = None,
+        arguments: object = None,
         *,
         tool_call_id: str | None = None,
         timeout_seconds: float | None = None,
     ) -> ToolExecutionResult:
+        """Run one call through the pipeline (module docstring). ``arguments`` is taken as
+        any object: what is not a JSON object is an INVALID_INPUT result, never an error."""
         if self._closed:
             raise EngineClosedError("the tool engine is closed")
         started = time.perf_counter()
@@ -333,7 +335,7 @@ class LocalToolExecutionEngine:
     async def _execute_registered(
         self,
         call: _Call,
-        arguments: Mapping[str, object] | None,
+        arguments: object,
         timeout_seconds: float | None,
     ) -> _Outcome:
         admitted = await self._admit(call, arguments, timeout_seconds)
@@ -355,7 +357,7 @@ class LocalToolExecutionEngine:
     async def _admit(
         self,
         call: _Call,
-        arguments: Mapping[str, object] | None,
+        arguments: object,
         timeout_seconds: float | None,
     ) -> tuple[BaseModel, float] | _Outcome:
         """Permission, input, time limit and rate limit: the parsed input and the time
@@ -411,9 +413,9 @@ class LocalToolExecutionEngine:
         )
 
     def _parse_arguments(
-        self, registered: RegisteredTool, arguments: Mapping[str, object] | None
+        self, registered: RegisteredTool, arguments: object
     ) -> BaseModel | _Outcome:
-        raw: object = {} if arguments is None else arguments
+        raw = {} if arguments is None else arguments
         if not isinstance(raw, Mapping):
             return _Outcome.failure(
                 ToolStatus.INVALID_INPUT,

@@ -257,7 +257,7 @@ async def test_invalid_input_is_refused_before_the_handler(
 async def test_arguments_that_are_not_an_object_are_invalid_input(
     engine: LocalToolExecutionEngine, arguments: object
 ) -> None:
-    result = await engine.execute_tool(make_caller(), "test.echo", arguments)  # type: ignore[arg-type]  # hostile caller
+    result = await engine.execute_tool(make_caller(), "test.echo", arguments)
     assert result.status is ToolStatus.INVALID_INPUT
     assert result.error_message == "arguments must be a JSON object"
 
